@@ -1,0 +1,32 @@
+"""Shared fixtures: run the Typer app in-process and capture stdout/stderr separately."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import pytest
+from typer.testing import CliRunner
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+
+@dataclass
+class CliResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def cli():
+    """`cli("clean", "raw", "--out", "x")` -> CliResult, through the real app and error handling."""
+    from vlacli.app import app
+
+    runner = CliRunner()
+
+    def run(*args: str, env: dict[str, str] | None = None) -> CliResult:
+        result = runner.invoke(app, [str(a) for a in args], env=env, catch_exceptions=False)
+        return CliResult(result.exit_code, result.stdout, result.stderr)
+
+    return run

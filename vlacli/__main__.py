@@ -1,0 +1,3 @@
+from vlacli.app import main
+
+main()
