@@ -1,0 +1,1 @@
+"""Readers and writers for the on-disk contracts: raw episodes, LeRobot datasets, caches, stats."""
