@@ -1,3 +1,4 @@
 from vlacli.app import main
 
-main()
+if __name__ == "__main__":  # guarded: `--workers` spawns processes that re-import the main module
+    main()
