@@ -1,0 +1,1 @@
+"""Building blocks of `vla align-time`: what streams share, offset estimation, session pooling, resampling."""
