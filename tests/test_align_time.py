@@ -224,9 +224,6 @@ def test_an_episode_without_usable_camera_evidence(tmp_path, cli):
     assert open_dataset(tmp_path / "out").num_episodes == 3
 
 
-@pytest.mark.xfail(reason="stages.data.lerobot_write builds a list column for a 1-dim vector feature that "
-                          "lerobot_format declares scalar (ArrowNotImplementedError); remove this mark once fixed",
-                   strict=False)
 def test_one_channel_stream(tmp_path, cli):
     for e in range(2):
         ep = make_episode(ROVER, f"ep_{e}", offsets_ms={"gyro": 40.0}, seed=300 + e, seconds=5.0)

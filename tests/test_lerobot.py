@@ -177,3 +177,20 @@ def test_lerobot_doctor_passes(written):
     report = json.loads(proc.stdout)
     fails = [m for c in report["checks"] for m in c["messages"] if m["severity"] == "FAIL"]
     assert fails == [] and report["format_version"] == "v3" and report["total_frames"] == open_dataset(root).num_frames
+
+
+def test_one_dimensional_vector_round_trip(tmp_path):
+    """A shape-[1] feature is a plain Value column (as LeRobot stores it) and still loads as [N, 1]."""
+    from stages.data.loader import LoaderConfig, build_loader
+
+    episodes = make_episodes((10, 12, 9))
+    for ep in episodes:
+        ep.vectors["observation.state"] = ep.vectors["observation.state"][:, :1]  # a 1-axis proprio sensor
+        ep.names["observation.state"] = ep.names["observation.state"][:1]
+    ds = open_dataset(write_ours(tmp_path / "ds", episodes))
+    assert ds.features["observation.state"]["shape"] == [1]
+    expected = np.concatenate([ep.vectors["observation.state"][:, 0] for ep in episodes])
+    np.testing.assert_array_equal(ds.column("observation.state"), expected)
+    loader = build_loader(ds, LoaderConfig(batch_size=4, history=1, chunk=2), split="train", seed=0)
+    batch = next(iter(loader))
+    assert tuple(batch["state"].shape) == (4, 1)

@@ -112,7 +112,9 @@ def _episode_table(ep: AlignedEpisode, features: dict, *, episode_index: int, st
             columns[key] = pa.StructArray.from_arrays([pa.array(png, pa.binary()), pa.nulls(t, pa.string())], fields=list(fmt.IMAGE_ARROW))
         elif key in ep.vectors:
             flat = np.ascontiguousarray(ep.vectors[key], dtype=np.float32).reshape(-1)
-            columns[key] = pa.FixedSizeListArray.from_arrays(pa.array(flat), features[key]["shape"][0])
+            width = features[key]["shape"][0]
+            # LeRobot stores a shape-[1] feature as a plain Value column, wider ones as fixed-size lists.
+            columns[key] = pa.array(flat) if width == 1 else pa.FixedSizeListArray.from_arrays(pa.array(flat), width)
     frame_index = np.arange(t, dtype=np.int64)
     columns["timestamp"] = pa.array((frame_index / fps).astype(np.float32))  # LeRobot: frame_index / fps
     columns["frame_index"] = pa.array(frame_index)

@@ -171,8 +171,11 @@ class _Batches(Dataset):
         return rows, shifts
 
     def __getitem__(self, k: int) -> dict:
+        return self.assemble(*self.rows_and_shifts(self.positions(k, self.cfg.batch_size)))
+
+    def assemble(self, rows: np.ndarray, shift: np.ndarray) -> dict:
+        """The batch dict of sample rows [b] (int64 dataset rows) with near-frame shifts [b] (Δ ≠ 0)."""
         cfg = self.cfg
-        rows, shift = self.rows_and_shifts(self.positions(k, cfg.batch_size))
         start, end = self.ep_start[rows], self.ep_end[rows]  # [b]
         near = rows + shift
         outside = (near < start) | (near >= end)
@@ -228,7 +231,8 @@ class Loader:
 
     def _normalised(self, key: str) -> np.ndarray:
         mean, std = self._norm[key]
-        return ((self.dataset.column(key).astype(np.float64) - mean) / std).astype(np.float32)
+        values = self.dataset.column(key).astype(np.float64).reshape(self.dataset.num_frames, -1)  # [N, D], D may be 1
+        return ((values - mean) / std).astype(np.float32)
 
     def _sample_rows(self) -> np.ndarray:
         eps = self.dataset.episodes.iloc[self.episodes]
@@ -253,6 +257,11 @@ class Loader:
     def batch(self, k: int) -> dict:
         """Global batch k (this rank's shard), computed in this process."""
         return self.source[k]
+
+    def batch_of(self, rows: np.ndarray, shifts: np.ndarray) -> dict:
+        """A batch of explicit sample rows [b] (e.g. drawn through token buckets) with their near-frame
+        shifts [b] (Δ ≠ 0, flipped at an episode edge as usual), computed in this process."""
+        return self.source.assemble(np.asarray(rows, dtype=np.int64), np.asarray(shifts, dtype=np.int64))
 
     def state_dict(self) -> dict:
         return {"next_batch": self.next_batch}
