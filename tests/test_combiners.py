@@ -156,6 +156,23 @@ def test_gradnorm_hand_computed_updates():
     close(stats["gradnorm_loss"], abs(7 / 6 - targets[0]) + abs(11 / 9 - targets[1]), rtol=1e-12)
 
 
+def test_gradnorm_satisfied_hinge_gets_the_neutral_rate():
+    # A hinge at 0 on the first step (no violation) has no training rate: L(0) is recorded at its
+    # first positive value, and meanwhile it takes the mean rate of the others instead of switching
+    # the balance off for every loss. Three tasks, α = 1, lr 0.1, weights [1, 1, 1]:
+    # step 1: L = [3 w0, w1, 0·w2] → rates [1, 1, (neutral) 1] → r = [1, 1, 1]; G = [3, 1, 0], Ḡ = 4/3;
+    # sign(G − Ḡ) = [+, −, −] → ∂/∂w = [3, −1, 0] → w = [0.7, 1.1, 1.0], renormalised to sum 3.
+    w = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
+    comb = build_combiner("gradnorm", ["a", "b", "h"], {"alpha": 1.0, "lr": 0.1})
+    weights = {"a": 1.0, "b": 1.0, "h": 1.0}
+    comb.backward({"a": 3.0 * w[0], "b": w[1], "h": 0.0 * w[2]}, [w], weights=weights)
+    assert comb.weights.tolist() == pytest.approx([0.7 * 3 / 2.8, 1.1 * 3 / 2.8, 1.0 * 3 / 2.8], rel=1e-12)
+    assert math.isnan(comb.initial[2]) and comb.initial[:2].tolist() == [3.0, 1.0]
+    # step 2: the hinge fires (L_h = 2) → L_h(0) = 2, its rate 1; the others' rates [1, 1]
+    comb.backward({"a": 3.0 * w[0], "b": w[1], "h": 2.0 * w[2]}, [w], weights=weights)
+    assert comb.initial.tolist() == [3.0, 1.0, 2.0]
+
+
 def test_gradnorm_mean_ratio_balanced_case_does_not_move():
     # ratio "mean" (ch05 §5.10 as written), α = 1: r = L / mean L = [1.5, 0.5]; G = [3, 1], Ḡ = 2
     # → target = [3, 1] = G: already balanced, weights stay [1, 1].

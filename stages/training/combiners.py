@@ -374,17 +374,20 @@ class GradNorm(_Combiner):
 
     def _update(self, idx: list[int], w: torch.Tensor, norms: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, float]:
         cfg = self.config
+        if not bool(torch.isfinite(values).all()):
+            log.warning("gradnorm: non-finite loss values %s; using equal rates this step", values.tolist())
         if cfg.ratio == "initial":
             init = self.initial[idx]
-            fresh = torch.isnan(init)
+            fresh = torch.isnan(init) & (values > 0)  # L_i(0) is the first *positive* value: a hinge may start at 0
             init = torch.where(fresh, values, init)
             self.initial[idx] = init
             rate = values / init
         else:
             rate = values.clone()
-        if bool((rate <= 0).any()) or not bool(torch.isfinite(rate).all()):
-            log.warning("gradnorm: non-positive or non-finite loss ratio %s; using equal rates this step", rate.tolist())
-            rate = torch.ones_like(rate)
+        # A loss at 0 (a satisfied hinge) or not yet initialised has no training rate: it gets the
+        # neutral rate (the mean of the others) instead of disabling the balance for every loss.
+        ok = torch.isfinite(rate) & (rate > 0)
+        rate = torch.where(ok, rate, rate[ok].mean() if bool(ok.any()) else torch.ones((), dtype=rate.dtype))
         rel = rate / rate.mean()  # r_i, inverse training rate
         g_w = w * norms  # G_i
         target = g_w.mean() * rel.pow(cfg.alpha)  # held constant (Chen et al. 2018 §3.2)
