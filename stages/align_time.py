@@ -259,6 +259,9 @@ def _episode_meta(meta: dict, res: EpisodeResult, plan: AlignPlan) -> dict:
         "weight": res.weight,
         "action_lag_ms": plan.lag_ms,
     })
+    recording = (meta.get("clean") or {}).get("recording")
+    if recording is not None:  # the raw clocks' signature, for leak scans after resampling
+        out["recording"] = recording
     return out
 
 

@@ -73,7 +73,7 @@ def clean_episode(episode: RawEpisode, config: CleanConfig) -> tuple[EpisodeWork
     return work, fp  # sketches of the cleaned data (fixed values, cleaned instruction); digest and timing as recorded
 
 
-def _clean_block(work: EpisodeWork, result: EpisodeResult) -> dict:
+def _clean_block(work: EpisodeWork, result: EpisodeResult, fp: EpisodeFingerprint) -> dict:
     earlier = (work.episode.meta.get(CLEAN_KEY) or {}).get("masks", [])  # re-cleaning keeps earlier masks
     block = {
         "schema_version": 1,
@@ -83,6 +83,10 @@ def _clean_block(work: EpisodeWork, result: EpisodeResult) -> dict:
         "rows_out": result.rows_out,
         "changed": result.changed,
         "findings": len(work.findings),
+        # The sample-timing pattern as recorded: unique to one recording and kept by its copies, it
+        # lets later stages (align-time -> meta/vla.json -> the probe's leak scan) tell a copy from
+        # a look-alike episode after resampling has erased the raw clocks.
+        "recording": {"digest": fp.digest, "timing": [float(x) for x in fp.timing]},
     }
     for key in ("instruction_raw", "instruction_source"):
         if key in work.notes:
@@ -90,12 +94,12 @@ def _clean_block(work: EpisodeWork, result: EpisodeResult) -> dict:
     return block
 
 
-def write_cleaned(root: Path, work: EpisodeWork, result: EpisodeResult) -> Path:
+def write_cleaned(root: Path, work: EpisodeWork, result: EpisodeResult, fp: EpisodeFingerprint) -> Path:
     """Write one cleaned episode in the raw layout; value columns keep their input dtypes."""
     out = root / work.episode_id
     out.mkdir()
     meta = dict(work.meta)
-    meta[CLEAN_KEY] = _clean_block(work, result)
+    meta[CLEAN_KEY] = _clean_block(work, result, fp)
     write_json(out / META, meta, schema="raw-meta")
     for name, stream in work.all_streams().items():
         table = pa.table({c: v.astype(stream.dtypes[c], copy=False) for c, v in stream.columns.items()})
@@ -143,7 +147,7 @@ def clean(raw: str | Path, out: str | Path, *, eval_dir: str | Path | None = Non
                 work, fp = clean_episode(read_episode(path), config)
                 result = EpisodeResult.of(work)
                 if not result.dropped:
-                    write_cleaned(tmp, work, result)
+                    write_cleaned(tmp, work, result, fp)
                 results[result.episode_id] = result
                 fps.append(fp)
                 advance(1)

@@ -196,3 +196,45 @@ def test_trained_checkpoint_passes_what_alignment_teaches(world, untrained, tmp_
     assert after[3]["value"] > before[3]["value"]
     assert report["health"]["retrieval"]["V->L"]["R@1"] > untrained["health"]["retrieval"]["V->L"]["R@1"]
     assert report["summary"]["passed"] > untrained["summary"]["passed"]
+
+
+def _recorded(episodes, rng):
+    """Give every episode its own raw-recording signature, as `vla clean` → `vla align-time` carry it."""
+    for ep in episodes:
+        ep.meta["recording"] = {"digest": f"{rng.integers(2**63):064x}", "timing": list(rng.uniform(0.0120, 0.0130, 64))}
+    return episodes
+
+
+def test_leak_scan_tells_a_copy_from_a_look_alike_by_recording(world, tmp_path):
+    """With recording signatures, a copy of an eval recording is a leak and a content look-alike with
+    its own recording is not; the report says which matching it used."""
+    import numpy as np
+
+    from stages.data.lerobot import AlignedEpisode
+
+    rng = np.random.default_rng(7)
+    train = _recorded(probe_data.train_episodes(per_task=2, heldout_per_task=1, length=32), rng)
+    evaluation = _recorded(probe_data.eval_episodes(per_task=1, length=32), rng)
+    src = evaluation[probe_data.LEAKED]
+    # Another recording of the same motion: content within the near-duplicate thresholds (sensor noise,
+    # ±1 grey level), its own clock jitter.
+    noisy = {k: (v + rng.normal(0, 1e-3, v.shape) * v.std(axis=0)).astype(np.float32) for k, v in src.vectors.items()}
+    frames = {k: np.clip(v.astype(np.int16) + rng.integers(-1, 2, v.shape), 0, 255).astype(np.uint8) for k, v in src.images.items()}
+    look_alike = AlignedEpisode(
+        source_id="look_alike", instruction=src.instruction, images=frames, vectors=noisy,
+        names=dict(src.names), weight=src.weight.copy(), valid=src.valid.copy(), meta={**src.meta, "split": "train"})
+    _recorded([look_alike], rng)
+    data = probe_data.write(tmp_path / "data", probe_data.leaked(train, evaluation, which=probe_data.LEAKED) + [look_alike])
+    eval_dir = probe_data.write(tmp_path / "eval", evaluation)
+    leak = by_id(run_probe(world["ckpt"], data, eval_dir=eval_dir, config=CONFIG, only="10"))[10]
+    assert leak["details"]["timing"] == "recorded"
+    assert leak["details"]["leaked"] == [src.source_id]
+    assert [m["b"] for m in leak["details"]["matches"]] == [f"copy_of_{src.source_id}"]
+    # Without the signatures the look-alike is a near duplicate on content alone.
+    for ep in (*train, *evaluation, look_alike):
+        del ep.meta["recording"]
+    bare = probe_data.write(tmp_path / "bare", probe_data.leaked(train, evaluation, which=probe_data.LEAKED) + [look_alike])
+    eval_bare = probe_data.write(tmp_path / "eval_bare", evaluation)
+    content_only = by_id(run_probe(world["ckpt"], bare, eval_dir=eval_bare, config=CONFIG, only="10"))[10]
+    assert content_only["details"]["timing"].startswith("unavailable")
+    assert sorted(m["b"] for m in content_only["details"]["matches"]) == [f"copy_of_{src.source_id}", "look_alike"]

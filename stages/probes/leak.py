@@ -9,6 +9,13 @@ and matched against every training episode (`cross_matches`: exact digest, or tr
 leak (paraphrase templates repeat across episodes), so text similarity is reported per match and
 exact instruction overlap is counted, but neither gates.
 
+Resampling onto the aligned grid erases the raw clocks, and on repetitive demonstrations two
+different recordings of one task can look alike in content. When every episode carries the raw
+recording's signature (`recording` in meta/vla.json, written by `vla clean` and carried by
+`vla align-time`), a near-duplicate must also share its sample-timing pattern — as copies of one
+recording do — exactly as `vla clean` matches; otherwise matching is on content alone and the
+report says so (`details.timing`).
+
     value = number of evaluation episodes with a match in train   (gate: ≤ 0, i.e. none)
 """
 
@@ -47,7 +54,12 @@ def episode_fingerprint(ctx, ep: Episode):
         names = ds.features[key].get("names") or [f"{i}" for i in range(values.shape[1])]
         streams[stream] = {"t": t, **{str(n): values[:, i] for i, n in enumerate(names)}}
     frames = ds.images(ctx.data.image_key)[rows]
-    return fingerprint(ep.episode_id, ep.instruction, streams, {"camera": (np.arange(ep.length), frames)}, FingerprintConfig())
+    fp = fingerprint(ep.episode_id, ep.instruction, streams, {"camera": (np.arange(ep.length), frames)}, FingerprintConfig())
+    recording = ep.meta.get("recording") if isinstance(ep.meta, dict) else None
+    if recording is not None:
+        fp.timing = np.array([np.nan if x is None else x for x in recording["timing"]], dtype=np.float64)
+        fp.extra["recorded"] = True
+    return fp
 
 
 def measure(ctx, params: Params) -> Measurement:
@@ -62,7 +74,8 @@ def measure(ctx, params: Params) -> Measurement:
         for ep in evaluation:
             eval_fps.append(episode_fingerprint(ctx, ep))
             advance(1)
-    config = MatchConfig(trajectory=params.trajectory, frames=params.frames)
+    recorded = all(fp.extra.get("recorded") for fp in train_fps + eval_fps)
+    config = MatchConfig(trajectory=params.trajectory, frames=params.frames, same_timing=recorded)
     matches = cross_matches(train_fps, eval_fps, config)  # a = eval (reference), b = train copy
     leaked = sorted({m.a for m in matches})
     train_text = {normalise_text(ep.instruction) for ep in data.train}
@@ -72,6 +85,7 @@ def measure(ctx, params: Params) -> Measurement:
         "matches": [m.to_json() for m in matches[:50]],
         "exact_instruction_overlap": sum(1 for ep in evaluation if normalise_text(ep.instruction) in train_text),
         "match_config": {"trajectory": config.trajectory, "frames": config.frames},
+        "timing": "recorded" if recorded else "unavailable: content-only matching (look-alike episodes of one task can match)",
     }
     return Measurement(float(len(leaked)), details, len(evaluation) + len(data.train), len(evaluation))
 
