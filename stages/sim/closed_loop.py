@@ -37,24 +37,23 @@ actuator delay, no rate limit) executes every policy's commands as issued.
 from __future__ import annotations
 
 import logging
-import multiprocessing as mp
 import os
-import queue
 import time
-import traceback
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
-from stages.errors import BadInput, VlaError
+from stages.errors import BadInput
 from stages.progress import NullReporter, Reporter
 from stages.signal import jerk_integral
 from stages.sim import instructions
 from stages.sim.constraints import (FLOOR_CHOICES_M, SPEED_CHOICES_MPS, SPEED_LIMIT, WORKSPACE_BOUNDARY, Constraint,
                                     project_action, speed_of)
 from stages.sim.envs import ACTION_UNIT_MPS, CONTROL_HZ, DEFAULT_CAMERA, TASKS, SimEnv, task_spec
+from stages.sim.episode import close_envs
 from stages.sim.rollout import limit_slew
+from stages.sim.workers import run_jobs
 
 log = logging.getLogger("vla")
 
@@ -262,58 +261,42 @@ class _Job:
     cfg: ClosedLoopConfig
 
 
-def _run_job(job: _Job, envs: dict[str, SimEnv], policies: dict[int, ControlPolicy]) -> list[dict]:
-    cfg = job.cfg
-    if job.task not in envs:  # building a Meta-World model costs ~1 s: one env per task per worker
-        envs[job.task] = SimEnv(job.task, height=cfg.size, width=cfg.size, camera=cfg.camera)
-    env = envs[job.task]
-    rows = []
-    for ep in job.episodes:
-        row: dict[str, Any] = {"episode": ep.to_json()}
-        if job.spec is not None:
-            policy = _policy_for(job.spec, policies)
-            row["policy"] = score_trace(run_episode(env, ep, policy), cfg).to_json()
-        if cfg.expert_baseline or job.spec is None:
-            row["expert"] = score_trace(run_episode(env, ep, ExpertPolicy()), cfg).to_json()
-        rows.append(row)
-    return rows
+class Evaluator:
+    """`stages.sim.workers` runner: one env per task and one policy per spec, kept across jobs."""
 
+    def __init__(self, in_worker: bool):
+        self.in_worker = in_worker
+        self.envs: dict[str, SimEnv] = {}
+        self.policies: dict[str, ControlPolicy] = {}
 
-_IN_WORKER = False  # set in evaluation worker processes
+    def run(self, job: _Job) -> list[dict]:
+        cfg = job.cfg
+        if job.task not in self.envs:  # building a Meta-World model costs ~1 s: one env per task per worker
+            self.envs[job.task] = SimEnv(job.task, height=cfg.size, width=cfg.size, camera=cfg.camera)
+        env = self.envs[job.task]
+        rows = []
+        for ep in job.episodes:
+            row: dict[str, Any] = {"episode": ep.to_json()}
+            if job.spec is not None:
+                row["policy"] = score_trace(run_episode(env, ep, self._policy_for(job.spec)), cfg).to_json()
+            if cfg.expert_baseline or job.spec is None:
+                row["expert"] = score_trace(run_episode(env, ep, ExpertPolicy()), cfg).to_json()
+            rows.append(row)
+        return rows
 
+    def _policy_for(self, spec: Any) -> ControlPolicy:
+        """One policy per spec per process (loading a checkpoint once, not once per job)."""
+        key = repr(spec)
+        if key not in self.policies:
+            if self.in_worker:
+                import torch
 
-def _policy_for(spec: Any, policies: dict) -> ControlPolicy:
-    """One policy per spec per process (loading a checkpoint once, not once per job)."""
-    key = repr(spec)
-    if key not in policies:
-        if _IN_WORKER:
-            import torch
+                torch.set_num_threads(1)  # one core per worker: the workers are the parallelism
+            self.policies[key] = spec.build()
+        return self.policies[key]
 
-            torch.set_num_threads(1)  # one core per worker: the workers are the parallelism
-        policies[key] = spec.build()
-    return policies[key]
-
-
-def _close(envs: dict[str, SimEnv]) -> None:
-    for env in envs.values():
-        env.close()  # explicitly: a renderer's __del__ at exit spews EGL errors
-    envs.clear()
-
-
-def _worker(jobs: "queue.Queue", results: "queue.Queue") -> None:
-    """Body of an evaluation worker process: jobs until a `None`."""
-    global _IN_WORKER
-    _IN_WORKER = True
-    envs: dict[str, SimEnv] = {}
-    policies: dict = {}
-    try:
-        while (job := jobs.get()) is not None:
-            try:
-                results.put((job.key, _run_job(job, envs, policies), None))
-            except Exception:  # noqa: BLE001 - shipped to the parent, which raises it
-                results.put((job.key, None, traceback.format_exc()))
-    finally:
-        _close(envs)
+    def close(self) -> None:
+        close_envs(self.envs)
 
 
 def _jobs(episodes: list[EvalEpisode], spec: Any, cfg: ClosedLoopConfig, workers: int) -> list[_Job]:
@@ -329,48 +312,6 @@ def _jobs(episodes: list[EvalEpisode], spec: Any, cfg: ClosedLoopConfig, workers
     return jobs
 
 
-def _run_jobs(jobs: list[_Job], workers: int, advance) -> list[list[dict]]:
-    results: dict[int, list[dict]] = {}
-    if workers <= 1 or len(jobs) <= 1:
-        envs: dict[str, SimEnv] = {}
-        policies: dict = {}
-        try:
-            for job in jobs:
-                results[job.key] = _run_job(job, envs, policies)
-                advance(len(job.episodes))
-        finally:
-            _close(envs)
-        return [results[j.key] for j in jobs]
-    ctx = mp.get_context("spawn")  # no fork: GL contexts and torch thread pools do not survive it
-    job_q, result_q = ctx.Queue(), ctx.Queue()
-    for job in jobs:
-        job_q.put(job)
-    procs = [ctx.Process(target=_worker, args=(job_q, result_q), daemon=True) for _ in range(min(workers, len(jobs)))]
-    for _ in procs:
-        job_q.put(None)
-    for p in procs:
-        p.start()
-    try:
-        while len(results) < len(jobs):
-            try:
-                key, rows, error = result_q.get(timeout=5.0)
-            except queue.Empty:
-                if not any(p.is_alive() for p in procs):
-                    raise VlaError("closed-loop workers died without finishing", caused_by=f"{len(results)}/{len(jobs)} jobs done") from None
-                continue
-            if error is not None:
-                raise VlaError(f"closed-loop evaluation of `{jobs[key].task}` failed", caused_by=error.strip().splitlines()[-1])
-            results[key] = rows
-            advance(len(jobs[key].episodes))
-        for p in procs:
-            p.join()
-    finally:
-        for p in procs:
-            if p.is_alive():
-                p.terminate()
-    return [results[j.key] for j in jobs]
-
-
 def evaluate(spec: Any, episodes: list[EvalEpisode], cfg: ClosedLoopConfig, reporter: Reporter = NullReporter()) -> dict:
     """Run `spec`'s policy (None: the expert alone) on `episodes`; return the evaluation document.
 
@@ -384,7 +325,9 @@ def evaluate(spec: Any, episodes: list[EvalEpisode], cfg: ClosedLoopConfig, repo
     jobs = _jobs(episodes, spec, cfg, workers)
     t0 = time.perf_counter()
     with reporter.task("closed-loop episodes", total=len(episodes)) as advance:
-        rows = [r for job_rows in _run_jobs(jobs, workers, advance) for r in job_rows]
+        results = run_jobs(jobs, Evaluator, workers=workers, advance=advance, what="closed-loop",
+                           describe=lambda job: f"closed-loop evaluation of `{job.task}`", weight=lambda job: len(job.episodes))
+        rows = [r for job_rows in results for r in job_rows]
     rows.sort(key=lambda r: (list(TASKS).index(r["episode"]["task"]), r["episode"]["index"]))
     return {
         "schema_version": 1,

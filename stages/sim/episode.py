@@ -7,8 +7,6 @@ so an episode's bytes are the same whichever worker records it, and in whatever 
 from __future__ import annotations
 
 import os
-import queue
-import traceback
 from dataclasses import dataclass
 
 import numpy as np
@@ -130,17 +128,18 @@ def close_envs(envs: dict[tuple, SimEnv]) -> None:
     envs.clear()
 
 
-def worker_loop(jobs: "queue.Queue", results: "queue.Queue") -> None:
-    """Body of a recording worker process: jobs until a `None`, then close every env."""
-    # Mesa's software rasteriser starts a thread per core in every process; with one worker per
-    # core those threads only contend. Read when the first GL context is made, so set it first.
-    os.environ.setdefault("LP_NUM_THREADS", "0")
-    envs: dict[tuple, SimEnv] = {}
-    try:
-        while (job := jobs.get()) is not None:
-            try:
-                results.put((job.key, record_episode(job, envs), None))
-            except Exception:  # noqa: BLE001 - shipped to the parent, which raises it
-                results.put((job.key, None, traceback.format_exc()))
-    finally:
-        close_envs(envs)
+class Recorder:
+    """`stages.sim.workers` runner: records episodes, keeping one env per (task, camera, size)."""
+
+    def __init__(self, in_worker: bool):
+        if in_worker:
+            # Mesa's software rasteriser starts a thread per core in every process; with one worker per
+            # core those threads only contend. Read when the first GL context is made, so set it first.
+            os.environ.setdefault("LP_NUM_THREADS", "0")
+        self.envs: dict[tuple, SimEnv] = {}
+
+    def run(self, job: EpisodeJob) -> EpisodeResult:
+        return record_episode(job, self.envs)
+
+    def close(self) -> None:
+        close_envs(self.envs)

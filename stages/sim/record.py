@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import multiprocessing as mp
 import os
-import queue
 import tempfile
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -30,7 +28,8 @@ from stages.sim import copies, instructions
 from stages.sim import faults as F
 from stages.sim.constraints import sample_constraint
 from stages.sim.envs import CAMERAS, CONTROL_DT, CONTROL_HZ, DEFAULT_CAMERA, DEFAULT_TASKS, HELDOUT_TASKS, ROBOT_TYPE, TASKS, task_spec
-from stages.sim.episode import EpisodeJob, EpisodeResult, close_envs, record_episode, worker_loop
+from stages.sim.episode import EpisodeJob, EpisodeResult, Recorder
+from stages.sim.workers import run_jobs
 from stages.sim.lag import pooled_lag_ms
 from stages.sim.rig import STREAMS, RigConfig, SessionClock, draw_session
 from stages.sim.rollout import lag_lags_s
@@ -167,47 +166,6 @@ def _plan_split(cfg: RecordConfig, split: str, tasks: tuple[str, ...], per_task:
 # ----------------------------------------------------------------------------- running
 
 
-def _run_jobs(jobs: list[EpisodeJob], workers: int, advance) -> list[EpisodeResult]:
-    results: dict[int, EpisodeResult] = {}
-    if workers <= 1 or len(jobs) <= 1:
-        envs: dict = {}
-        try:
-            for job in jobs:
-                results[job.key] = record_episode(job, envs)
-                advance(1)
-        finally:
-            close_envs(envs)
-        return [results[j.key] for j in jobs]
-    ctx = mp.get_context("spawn")  # no fork: GL contexts and arrow thread pools do not survive it
-    job_q, result_q = ctx.Queue(), ctx.Queue()
-    for job in jobs:
-        job_q.put(job)
-    procs = [ctx.Process(target=worker_loop, args=(job_q, result_q), daemon=True) for _ in range(min(workers, len(jobs)))]
-    for _ in procs:
-        job_q.put(None)
-    for p in procs:
-        p.start()
-    try:
-        while len(results) < len(jobs):
-            try:
-                key, result, error = result_q.get(timeout=5.0)
-            except queue.Empty:
-                if not any(p.is_alive() for p in procs):
-                    raise VlaError("recording workers died without finishing", caused_by=f"{len(results)}/{len(jobs)} episodes recorded") from None
-                continue
-            if error is not None:
-                raise VlaError(f"recording episode {jobs[key].episode_id} failed", caused_by=error.strip().splitlines()[-1])
-            results[key] = result
-            advance(1)
-        for p in procs:
-            p.join()
-    finally:
-        for p in procs:
-            if p.is_alive():
-                p.terminate()
-    return [results[j.key] for j in jobs]
-
-
 def _episodes_truth(jobs: list[EpisodeJob], results: list[EpisodeResult]) -> dict[str, dict]:
     return {job.episode_id: res.truth for job, res in zip(jobs, results)}
 
@@ -276,7 +234,8 @@ def record(config: RecordConfig, out: Path, eval_out: Path | None = None, report
             if eval_root is not None:
                 eval_jobs, eval_sessions = _plan_split(config, "eval", eval_tasks, config.eval_episodes_per_task, eval_root, "ev_", "E", EVAL_T0, len(jobs))
             with reporter.task("recording episodes", total=len(jobs) + len(eval_jobs)) as advance:
-                results = _run_jobs(jobs + eval_jobs, workers, advance)
+                results = run_jobs(jobs + eval_jobs, Recorder, workers=workers, advance=advance, what="recording",
+                                   describe=lambda job: f"recording episode {job.episode_id}")
             train_res, eval_res = results[: len(jobs)], results[len(jobs):]
             train_truth, eval_truth = _episodes_truth(jobs, train_res), _episodes_truth(eval_jobs, eval_res)
             fault_free = {j.episode_id for j, r in zip(jobs + eval_jobs, results) if r.fault_free}
