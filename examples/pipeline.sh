@@ -23,7 +23,7 @@ esac
 RUN=${RUN:-runs/$profile}
 seed=${SEED:-0}
 
-bash scripts/bootstrap.sh
+bash scripts/bootstrap.sh sim  # the demo needs no text/dev extras
 # shellcheck disable=SC1091
 . .venv/bin/activate
 export MUJOCO_GL=${MUJOCO_GL:-egl}
