@@ -369,6 +369,7 @@ def build_recipe(cfg: AlignRecipeConfig, schedule: Schedule, terms: dict[str, di
     table = clusters.sample_table(train)
     members = clusters.cluster_members(schedule.buckets, table, probe_rows=cfg.probe_rows, source=schedule.source)
     buckets = TokenBuckets(schedule.buckets, schedule)
+    buckets.switch_off([c.name for c, m in zip(schedule.buckets.clusters, members) if len(m) == 0])
     loader = BucketLoader(train, buckets, members, clusters.serves(schedule.buckets), seed=seed, batch_size=batch_size,
                           rank=dist.rank, world_size=dist.world_size)
     counts = ", ".join(f"{c.name} {len(m)}" for c, m in zip(schedule.buckets.clusters, members))

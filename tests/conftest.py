@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
@@ -9,6 +10,17 @@ import pytest
 from typer.testing import CliRunner
 
 os.environ.setdefault("MUJOCO_GL", "egl")
+
+
+@pytest.fixture(autouse=True)
+def vla_logger_isolated():
+    """A CLI run routes the `vla` logger to its own rich handler and stops propagation; restore it so
+    that `caplog` (which listens on the root logger) sees warnings in every later test."""
+    logger = logging.getLogger("vla")
+    yield
+    logger.handlers.clear()
+    logger.propagate = True
+    logger.setLevel(logging.NOTSET)
 
 
 @dataclass

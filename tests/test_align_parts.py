@@ -79,6 +79,17 @@ def test_bad_clusters_name_their_field(table, spec, field):
         clusters.cluster_members(_config(spec), table)
 
 
+def test_a_cluster_without_samples_warns_and_is_empty(table, caplog):
+    """A constraint-probe bucket on data without constraint rows is switched off, not an error."""
+    no_constraints = clusters.SampleTable(rows=table.rows, task=table.task, difficulty=table.difficulty,
+                                          curvature=table.curvature, constraint=np.zeros_like(table.constraint))
+    config = _config(ClusterSpec("v", 1.0, 0.0, modality="vision"), ClusterSpec("probe", 1.0, 0.0))
+    with caplog.at_level("WARNING", logger="vla"):
+        vision, probe = clusters.cluster_members(config, no_constraints)
+    assert len(vision) == len(table.rows) and len(probe) == 0
+    assert "`probe`" in caplog.text and "switched off" in caplog.text
+
+
 # ----------------------------------------------------------------------------- bucket-driven batches
 
 

@@ -42,6 +42,16 @@ def test_probabilities_over_time_hand_computed():
     assert tb.used.tolist() == [0.0, 100.0, 25.0] and tb.consumed_total.tolist() == [90.0, 100.0, 90.0]
 
 
+def test_switched_off_cluster_is_never_sampled_and_gets_no_floor():
+    tb = three(p_min=0.1)
+    tb.switch_off(["b"])
+    # b is off: q_b = 0, so p = remaining of a and c only (equal, full) and b gets no p_min floor.
+    assert probs(tb, 0) == pytest.approx([0.5, 0.0, 0.5])
+    assert set(tb.sample(200, torch.Generator().manual_seed(0)).tolist()) == {0, 2}
+    with pytest.raises(ValueError, match="unknown bucket cluster"):
+        tb.switch_off(["z"])
+
+
 def test_gamma_sharpens_towards_full_buckets():
     tb = three(gamma=2.0, p_min=0.0)
     tb.probabilities(0)

@@ -21,6 +21,7 @@ the nearest cluster difficulty (a tie goes to the lower level): with levels 0.25
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +32,8 @@ from stages.data import lerobot_format as fmt
 from stages.data.loader import Loader
 from stages.errors import BadInput
 from stages.training.buckets import BucketConfig
+
+log = logging.getLogger("vla")
 
 MODALITIES = ("vision", "language", "action")  # column order of `serves` (V, L, A)
 PROBE_ROWS = ("constraint", "all")
@@ -92,7 +95,8 @@ def sample_table(loader: Loader) -> SampleTable:
 def cluster_members(config: BucketConfig, table: SampleTable, *, probe_rows: str = "constraint",
                     source: str = "schedule") -> list[np.ndarray]:
     """Indices into the sample table [n_k] for every cluster (module doc); BadInput naming the
-    cluster's JSON path when it names an unknown modality or task, or draws from no sample."""
+    cluster's JSON path when it names an unknown modality or task. A cluster that draws from no
+    sample gets an empty array and a warning: switch it off in the buckets (`TokenBuckets.switch_off`)."""
     if probe_rows not in PROBE_ROWS:
         raise BadInput(f"unknown probe rows `{probe_rows}`", caused_by=f"known: {', '.join(PROBE_ROWS)}")
     known_tasks = sorted(set(table.task.tolist()))
@@ -113,11 +117,10 @@ def cluster_members(config: BucketConfig, table: SampleTable, *, probe_rows: str
         levels = np.array(sorted(set(groups[(c.modality, c.task)])))  # [L] the group's difficulty levels
         nearest = levels[np.abs(table.difficulty[:, None] - levels[None, :]).argmin(axis=1)]  # ties: the lower level
         mask &= nearest == c.difficulty
-        if not mask.any():
+        if not mask.any():  # e.g. a constraint-probe bucket on data without constraint instructions
             probe = ", constraint rows" if c.modality is None and probe_rows == "constraint" else ""
-            raise BadInput(f"`{source}`: field `buckets.clusters[{i}]` is invalid",
-                           caused_by=f"cluster `{c.name}` draws from no training sample (task {c.task or 'any'}, "
-                                     f"difficulty level {c.difficulty:g}{probe})")
+            log.warning("%s: bucket cluster `%s` (buckets.clusters[%d]) draws from no training sample (task %s, difficulty "
+                        "level %g%s): it is switched off", source, c.name, i, c.task or "any", c.difficulty, probe)
         members.append(np.flatnonzero(mask))
     return members
 

@@ -157,6 +157,7 @@ class TokenBuckets:
         self.leak = torch.tensor([c.leak for c in config.clusters], dtype=torch.float64)
         self.floor = torch.tensor([config.floor(c) for c in config.clusters], dtype=torch.float64)
         self.used = torch.zeros(k, dtype=torch.float64)  # u_k(step)
+        self.off = torch.zeros(k, dtype=torch.bool)  # clusters with no data: never sampled (see `switch_off`)
         self.consumed_total = torch.zeros(k, dtype=torch.float64)  # Σ tokens ever drawn
         self.step = 0
 
@@ -183,10 +184,20 @@ class TokenBuckets:
         self.used += c
         self.consumed_total += c
 
+    def switch_off(self, names) -> None:
+        """Never sample these clusters (e.g. the dataset has no sample for them): q_k = 0 from now on.
+        Derived from the data at start-up, so it is not part of the saved state."""
+        unknown = [n for n in names if n not in self.names]
+        if unknown:
+            raise ValueError(f"unknown bucket cluster(s) {unknown}; known: {self.names}")
+        for n in names:
+            self.off[self.names.index(n)] = True
+
     def quality(self, step: int) -> torch.Tensor:
-        """q_k(difficulty, t) [K] from the schedule's phase at `step` (all ones without a schedule)."""
+        """q_k(difficulty, t) [K] from the schedule's phase at `step` (all ones without a schedule);
+        0 for switched-off clusters."""
         clusters = self.config.clusters
-        q = torch.tensor([c.priority for c in clusters], dtype=torch.float64)
+        q = torch.tensor([c.priority for c in clusters], dtype=torch.float64).masked_fill(self.off, 0.0)
         if self.schedule is None:
             return q
         phase = self.schedule.at(step)
