@@ -7,6 +7,11 @@
 # Every stage's artifacts land in one run directory ($RUN); the last lines print where the HTML
 # report and the exported bundle are. A probe below its pass mark does not stop the run (the report
 # says which checks failed); set REQUIRE_PASS=1 to make `vla export` refuse such a checkpoint.
+#
+# Knobs (environment): RUN (run directory), SEED, EPISODES_PER_TASK, CLOSED_LOOP_EPISODES, SCHEDULE,
+# and extra arguments per stage, word-split: SIM_ARGS, PRETRAIN_ARGS, ALIGN_ARGS, FINETUNE_ARGS,
+# PROBE_ARGS (e.g. PRETRAIN_ARGS="--steps 50"). tests/test_pipeline.py runs this script on a small
+# configuration through them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,6 +27,12 @@ case "$profile" in
 esac
 RUN=${RUN:-runs/$profile}
 seed=${SEED:-0}
+schedule=${SCHEDULE:-$schedule}
+read -r -a sim_args <<<"${SIM_ARGS:-}"
+read -r -a pretrain_args <<<"${PRETRAIN_ARGS:-}"
+read -r -a align_args <<<"${ALIGN_ARGS:-}"
+read -r -a finetune_args <<<"${FINETUNE_ARGS:-}"
+read -r -a probe_args <<<"${PROBE_ARGS:-}"
 
 bash scripts/bootstrap.sh sim  # the demo needs no text/dev extras
 # shellcheck disable=SC1091
@@ -37,7 +48,7 @@ started=$(date +%s)
 
 stage "record demo data (Meta-World experts, sensor rig, injected faults)"
 vla sim record --out "$RUN/raw" --eval-out "$RUN/eval" -n "$episodes" --eval-episodes-per-task "$eval_episodes" \
-  --size "$size" --seed "$seed" --overwrite --json >"$RUN/sim_summary.json"
+  --size "$size" --seed "$seed" "${sim_args[@]}" --overwrite --json >"$RUN/sim_summary.json"
 # The demo robot's action-response lag, measured by the recorder on synchronised data (docs/align-time.md).
 lag=$(python -c 'import json, sys; print(json.load(open(sys.argv[1]))["action_lag_ms"])' "$RUN/sim_summary.json")
 
@@ -52,21 +63,22 @@ vla align-time "$RUN/eval_clean" --out "$RUN/eval_aligned" --action-lag-ms "$lag
 for modality in vision language action; do
   stage "pretrain-modality $modality"
   vla pretrain-modality --modality "$modality" --data "$RUN/aligned" --out "$RUN/ckpt/$modality" \
-    --preset "$preset" --device "$device" --seed "$seed" --overwrite
+    --preset "$preset" --device "$device" --seed "$seed" "${pretrain_args[@]}" --overwrite
 done
 
 stage "align ($schedule)"
 vla align --schedule "$schedule" --data "$RUN/aligned" --preset "$preset" --device "$device" --seed "$seed" \
-  --init "$RUN/ckpt/vision" --init "$RUN/ckpt/language" --init "$RUN/ckpt/action" --out "$RUN/ckpt/align" --overwrite
+  --init "$RUN/ckpt/vision" --init "$RUN/ckpt/language" --init "$RUN/ckpt/action" --out "$RUN/ckpt/align" \
+  "${align_args[@]}" --overwrite
 
 stage "finetune (closed-loop evaluation: $closed_loop episodes per task)"
 vla finetune --init "$RUN/ckpt/align" --data "$RUN/aligned" --out "$RUN/ckpt/sft" \
-  --eval-episodes "$closed_loop" --device "$device" --seed "$seed" --overwrite
+  --eval-episodes "$closed_loop" --device "$device" --seed "$seed" "${finetune_args[@]}" --overwrite
 
 stage "probe (the 10-item transferability check-up)"
 probe_rc=0
 vla probe "$RUN/ckpt/sft" --data "$RUN/aligned" --eval "$RUN/eval_aligned" --report "$RUN/probe.json" \
-  --device "$device" --seed "$seed" --overwrite || probe_rc=$?
+  --device "$device" --seed "$seed" "${probe_args[@]}" --overwrite || probe_rc=$?
 [ "$probe_rc" -le 1 ] || exit "$probe_rc"  # 1 = below the pass mark: reported, not fatal here
 
 stage "export"
