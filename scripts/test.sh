@@ -6,4 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
 export MUJOCO_GL=${MUJOCO_GL:-egl}
+# The environment's console scripts (vla, lerobot-doctor) are what the tests run as subprocesses.
+export PATH="$PWD/.venv/bin:$PATH"
 exec .venv/bin/python -m pytest "$@"
