@@ -73,7 +73,7 @@ def search_scaling(sizes: list[int], brute_max: int, seed: int) -> None:
     proto = EpisodeFingerprint("x", "d", np.zeros((16, 8, 8), np.float32), np.zeros(16, np.uint64),
                                np.zeros((32, 12), np.float32), tuple(f"c{k}" for k in range(12)), "",
                                np.zeros(64, np.uint64), np.zeros(128))
-    print(f"\nnear-duplicate search on random [32 x 12] sketches, 1% planted copies:")
+    print("\nnear-duplicate search on random [32 x 12] sketches, 1% planted copies:")
     for n in sizes:
         traj = rng.normal(size=(n, 32, 12)).astype(np.float32)
         fps = [dataclasses.replace(proto, episode_id=f"e{i}", digest=f"e{i}", trajectory=traj[i]) for i in range(n)]

@@ -14,18 +14,11 @@ from stages.training import checkpoint
 from stages.training.metrics import read_jsonl
 from tests.fixtures.align_data import scaled_schedule, stage_one_checkpoints, write_align_dataset, write_schedule
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 FAST = ("--batch-size", "4", "--eval-every", "3", "--checkpoint-every", "4", "--log-every", "2", "--grad-stats-every", "1")
 STEPS = 10
 DIRECTIONS = ("v2l", "l2v", "l2a", "a2l", "v2a")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models train fastest on one intra-op thread; two threads spin against each other on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

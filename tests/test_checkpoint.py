@@ -22,7 +22,7 @@ from stages.errors import BadInput
 from stages.training import checkpoint, determinism
 from stages.training.loop import CheckpointConfig
 from stages.training.metrics import read_jsonl
-from tests.test_engine import ToyLoader, ToyModel, ToyRecipe, make_trainer
+from tests.test_engine import ToyModel, ToyRecipe, make_trainer
 
 RESUME_FILES = ["config.json", "model.safetensors", "optimizer.json", "optimizer.safetensors", "trainer_state.json",
                 "trainer_state.safetensors"]

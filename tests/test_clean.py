@@ -17,6 +17,7 @@ from stages.cleaning.masks import episode_masks, masked
 from stages.cleaning.scoring import score, worst
 from stages.cleaning.synthetic import SyntheticConfig, make_dataset
 from stages.data.raw import list_episodes, read_episode, write_parquet
+from tests.fixtures import flat
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,11 +29,6 @@ def tree_digest(root: Path) -> str:
             h.update(str(p.relative_to(root)).encode())
             h.update(p.read_bytes())
     return h.hexdigest()
-
-
-def flat(text: str) -> str:
-    """The terminal wraps long messages; compare with single spaces."""
-    return " ".join(text.split())
 
 
 @pytest.fixture(scope="module")

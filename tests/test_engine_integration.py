@@ -4,7 +4,6 @@ a schedule with two phases (freeze globs, annealed weights, a PCGrad phase), EMA
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 import safetensors.torch

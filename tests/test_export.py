@@ -15,20 +15,9 @@ from stages.errors import BadInput
 from stages.export import load_policy, verify
 from stages.probe import run_probe
 from stages.probes.context import ProbeConfig, load_model, windows
-from tests.fixtures import probe_data
+from tests.fixtures import flat, probe_data
 
-
-def flat(text: str) -> str:
-    """Rich wraps stderr at the terminal width: compare messages with whitespace collapsed."""
-    return " ".join(text.split())
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # see tests/test_probe.py: a loaded 2-core machine
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,8 @@ from stages.training.loop import CheckpointConfig, TrainConfig, Trainer
 from stages.training.metrics import read_jsonl
 from stages.training.optim import OptimConfig
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SIZE = 32  # frames rendered at 32x32: 4 patches of 16 for the tiny ViT
 STEPS = 48  # control steps per recorded episode (12 frames at 20 fps)
 
@@ -86,15 +88,6 @@ def write_checkpoint(out: Path, data: Path, *, stage: str = "align", provides=No
     cfg = TrainConfig(steps=2, device="cpu", log_every=1, optim=OptimConfig(lr=1e-3), checkpoint=CheckpointConfig(provides=provides))
     Trainer(model, recipe, loader, config=cfg, out_dir=out).fit()
     return out
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine two spinning OpenMP threads run ~10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -17,16 +17,9 @@ from stages.finetune import (FinetuneConfig, FinetuneRecipe, Renormalise, anneal
 from stages.model import build_model
 from stages.training.ema import EMA
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine two spinning OpenMP threads run ~10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_policy_kl_known_answer():

@@ -95,7 +95,7 @@ def test_lsh_search_finds_what_brute_force_finds():
 def test_lsh_recall_on_many_random_sketches():
     """E2LSH with the default tables finds every planted pair among 2000 random sketches."""
     rng = np.random.default_rng(7)
-    n, dim = 2000, 64
+    n = 2000
     proto = EpisodeFingerprint("x", "d", np.zeros((4, 8, 8), np.float32), np.zeros(4, np.uint64),
                                np.zeros((16, 4), np.float32), ("a", "b", "c", "d"), "", np.zeros(64, np.uint64))
     traj = rng.normal(size=(n, 16, 4)).astype(np.float32)

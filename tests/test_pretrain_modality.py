@@ -25,16 +25,7 @@ EVAL_KEYS = {
 }
 PROVIDES = {"vision": "vision,heads.mvm,logit_scale", "language": "language,logit_scale", "action": "action,heads.chunk"}
 
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These tiny models train fastest on one intra-op thread; on a busy 2-core machine two threads
-    spin against each other (measured 0.17 s vs 3.6 s per vision step), so the module uses one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:

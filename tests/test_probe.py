@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 
 import pytest
-import torch
 
 from stages.artifacts import schema_errors
 from stages.errors import BadInput
@@ -16,16 +15,9 @@ from stages.probes.context import ProbeConfig
 from stages.probes.report import read_thresholds, select
 from tests.fixtures import probe_data
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 CONFIG = ProbeConfig(max_samples=96)  # the fixture has 6 held-out episodes of 32 frames
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # A shared, loaded 2-core machine: OpenMP threads spin waiting for each other; one thread is faster.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
