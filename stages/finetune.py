@@ -26,6 +26,12 @@ policy π_θ(a_{t:t+H} | frames, instruction, state) is trained on the demonstra
   (warm start, so a short run's average is not the initial weights). The stage delivers the EMA
   weights: the top-level `model.safetensors` holds them, the training weights stay in the final
   snapshot `checkpoints/step-N/` (what `--resume` continues from).
+- Alignment retention (ch07 §7.5.1 D keeps the cross-modal terms on during SFT: V↔L 0.5, L↔A 0.5,
+  V↔A 0.25): λ·(InfoNCE_VL + InfoNCE_LA) + λ/2·InfoNCE_VA with the same soft targets as `vla align`
+  (same command for V↔L and L↔A, near frames as half positives for V↔A), λ = `align_weight`
+  (default 0.5; 0 = policy losses only). Without them the policy loss alone moves the shared
+  encoders and projections freely: on the demo, held-out V→L R@1 fell from 0.69 (aligned) to 0.09
+  after 300 steps, and the probe's retrieval-based checks with it.
 - `--lora`: every trainable `nn.Linear` of the vision and language backbones gets a rank-r LoRA
   update (B = 0 at start), the rest of both backbones is frozen; fusion and heads train fully.
   The deliverable has the updates merged (W ← W + (α/r)·B·A), so it loads as a plain model.
@@ -45,13 +51,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from stages.alignment import cross_modal as xm
+from stages.alignment import retrieval
 from stages.artifacts import read_json
 from stages.cleaning.constraints import find_constraints
 from stages.data.lerobot import LeRobotDataset
 from stages.errors import BadInput
 from stages.model.lora import LoRALinear
 from stages.objectives import bc_nll, distillation_kl
-from stages.pretraining import heldout_batches
+from stages.pretraining import heldout_batches, inverse_temperature
 from stages.training import checkpoint
 
 log = logging.getLogger("vla")
@@ -61,6 +69,8 @@ STAGE = "finetune"
 ALIGN_STAGE = "align"
 POLICY_MODULES = ("vision", "language", "action", "fusion", "heads")  # an aligned checkpoint provides them all
 LORA_PREFIXES = ("vision.", "language.")
+NEAR_RADIUS, NEAR_WEIGHT = 3, 0.5  # V↔A soft targets, as `vla align` (AlignRecipeConfig.near_radius/near_weight)
+RETRIEVAL_KEYS = ("v2l_r1", "l2v_r1", "l2a_r1", "a2l_r1", "v2a_r1", "v2l_chance_r1")  # held-out metrics kept per eval
 
 
 @dataclass
@@ -70,6 +80,7 @@ class FinetuneConfig:
     batch_size: int = 32
     weight_decay: float = 0.01
     kl_weight: float = 0.1  # β of KL(π_θ ‖ π_init)
+    align_weight: float = 0.5  # λ of the alignment-retention InfoNCE terms (V↔L, L↔A; V↔A at λ/2); 0 = off
     constraint_weight: float = 3.0  # BC weight multiplier of constraint episodes (ch07 gotcha 7)
     ema_decay: float = 0.99  # 0 disables the EMA (the live weights are delivered)
     pixel_noise: float = 0.02  # σ₀ on pixels in [0, 1]
@@ -85,8 +96,8 @@ class FinetuneConfig:
             raise BadInput(f"`--steps` {self.steps} and `--batch-size` {self.batch_size} must be ≥ 1")
         if not (self.lr > 0 and np.isfinite(self.lr)):
             raise BadInput(f"`--lr` is {self.lr}", caused_by="expected a positive number")
-        if self.kl_weight < 0 or self.constraint_weight <= 0:
-            raise BadInput("`--kl-weight` must be ≥ 0 and `--constraint-weight` > 0")
+        if self.kl_weight < 0 or self.align_weight < 0 or self.constraint_weight <= 0:
+            raise BadInput("`--kl-weight` and `--align-weight` must be ≥ 0 and `--constraint-weight` > 0")
         if not 0.0 <= self.ema_decay < 1.0:
             raise BadInput(f"`--ema-decay` is {self.ema_decay}", caused_by="expected a number in [0, 1)")
         if min(self.pixel_noise, self.state_noise, self.action_noise) < 0 or self.lora_rank < 1:
@@ -220,26 +231,39 @@ def forward_policy(model, frames: torch.Tensor, instructions: list[str], state: 
     return model.policy(model.fuse(model.encode_vision(frames), model.encode_language(instructions)), state)
 
 
+def retention_weights(align_weight: float) -> dict[str, float]:
+    """Engine loss weights of the alignment-retention terms (ch07 §7.5.1 D ratios 0.5 : 0.5 : 0.25)."""
+    return {"vl": align_weight, "la": align_weight, "va": align_weight / 2} if align_weight > 0 else {}
+
+
 # ----------------------------------------------------------------------------- the recipe
 
 
 class FinetuneRecipe:
-    """The engine's recipe protocol (`stages.training.loop`): losses `bc`, `kl`; held-out metrics."""
+    """The engine's recipe protocol (`stages.training.loop`): losses `bc`, `kl` and, with `align_weight`,
+    the retention terms `vl`, `la`, `va`; held-out metrics."""
 
     def __init__(self, cfg: FinetuneConfig, *, reference: nn.Module, ema, constrained: np.ndarray,
-                 episode_positions: dict[int, int], renorm: Renormalise, init: dict, lora_modules: list[str]):
+                 episode_positions: dict[int, int], renorm: Renormalise, init: dict, lora_modules: list[str],
+                 identity: np.ndarray):
         self.cfg, self.reference, self.ema, self.renorm = cfg, reference, ema, renorm
         self.init, self.lora_modules = init, lora_modules
+        self.heldout: retrieval.HeldoutSet | None = None  # the retrieval samples, picked at the first evaluation
         lookup = np.zeros(max(episode_positions) + 1, dtype=np.float32)
         for index, pos in episode_positions.items():
             lookup[index] = cfg.constraint_weight if constrained[pos] else 1.0
         self.multiplier = torch.from_numpy(lookup)  # [max episode_index + 1]
+        ids = np.full(len(lookup), -1, dtype=np.int64)
+        for index, pos in episode_positions.items():
+            ids[index] = identity[pos]
+        self.identity = torch.from_numpy(ids)  # [max episode_index + 1] instruction-identity id (`xm.episode_identities`)
 
     # ------------------------------------------------------------------ state (trainer_state.json `recipe`)
 
     def state_dict(self) -> dict:
         cfg = self.cfg
-        return {"stage": STAGE, "init": self.init, "kl_weight": cfg.kl_weight, "constraint_weight": cfg.constraint_weight,
+        return {"stage": STAGE, "init": self.init, "kl_weight": cfg.kl_weight, "align_weight": cfg.align_weight,
+                "constraint_weight": cfg.constraint_weight,
                 "ema_decay": cfg.ema_decay, "noise": {"pixel": cfg.pixel_noise, "state": cfg.state_noise, "action": cfg.action_noise},
                 "lora": {"rank": cfg.lora_rank, "alpha": cfg.lora_alpha, "modules": self.lora_modules} if cfg.lora else None,
                 "delivered": "ema" if self.ema is not None else "live"}
@@ -273,12 +297,26 @@ class FinetuneRecipe:
         if ss > 0:
             state = state + ss * torch.randn_like(state)
         target = action + sa * torch.randn_like(action) if sa > 0 else action
-        mean, log_std = forward_policy(model, frames, batch["instruction"], state)
+        v, lang = model.encode_vision(frames), model.encode_language(batch["instruction"])
+        mean, log_std = model.policy(model.fuse(v, lang), state)
         with torch.no_grad():
             ref_mean, ref_log_std = forward_policy(self.reference, frames, batch["instruction"], state)
         upweighted = weight * self.multiplier.to(weight.device)[batch["episode_index"]]
-        return {"bc": bc_nll(mean, log_std, target, valid=valid, weight=upweighted),
-                "kl": policy_kl(mean, log_std, ref_mean, ref_log_std, valid=valid, weight=weight)}
+        out = {"bc": bc_nll(mean, log_std, target, valid=valid, weight=upweighted),
+               "kl": policy_kl(mean, log_std, ref_mean, ref_log_std, valid=valid, weight=weight)}
+        if cfg.align_weight > 0:
+            out.update(self.retention(model, batch, v.z, lang.z, model.encode_action(action, state, valid).z, weight))
+        return out
+
+    def retention(self, model, batch: dict, zv: torch.Tensor, zl: torch.Tensor, za: torch.Tensor,
+                  weight: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The cross-modal InfoNCE terms of `vla align` on this batch, at the model's learnt temperature."""
+        scale = inverse_temperature(model, None)
+        episode = batch["episode_index"]
+        same_command = xm.same_command_targets(self.identity, episode)
+        near = xm.near_frame_targets(episode, batch["frame_index"], radius=NEAR_RADIUS, weight=NEAR_WEIGHT)
+        return {"vl": xm.contrast(zv, zl, scale, weight, same_command), "la": xm.contrast(zl, za, scale, weight, same_command),
+                "va": xm.contrast(zv, za, scale, weight, near)}
 
     def batch_size(self, batch: dict) -> int:
         return int(batch["action"].shape[0])
@@ -316,7 +354,22 @@ class FinetuneRecipe:
             out["action_mae_constraint"] = sums["mae_c"] / sums["wc"]
         if self.ema is not None:
             out["ema_action_mae"] = sums["ema"] / sums["w"]
+        out.update(self.retrieval(model, loader, device))
         return out
+
+    def retrieval(self, model, loader, device: torch.device) -> dict[str, float]:
+        """Held-out task-level R@1 in the directions `vla align` reports (what the retention terms keep)."""
+        cfg = retrieval.RetrievalConfig()
+        if self.heldout is None:
+            self.heldout = retrieval.heldout_set(loader, cfg)
+        z = retrieval.embed(model, loader, self.heldout, cfg, device, prepare=self.model_inputs)
+        report = retrieval.report(z, self.heldout, float(model.clamped_logit_scale().exp()))
+        return {k: report[k] for k in RETRIEVAL_KEYS}
+
+    def model_inputs(self, batch: dict) -> dict:
+        """A loader batch with state and action in the model's normalisation (retrieval.embed's `prepare`)."""
+        state = self.renorm(STATE_KEY, torch.nan_to_num(batch["state"].float()))
+        return {**batch, "state": state, "action": self.renorm(ACTION_KEY, torch.nan_to_num(batch["action"].float()))}
 
 
 def frozen_copy(model: nn.Module) -> nn.Module:
@@ -451,10 +504,11 @@ def finetune(run: FinetuneRun, reporter=None) -> dict:
     positions = {int(e): i for i, e in enumerate(dataset.episodes["episode_index"].tolist())}
     init = {"path": str(run.init), "step": init_ck.step, "config_digest": init_ck.metadata.get("config_digest", "")}
     recipe = FinetuneRecipe(cfg, reference=reference, ema=ema, constrained=flags, episode_positions=positions,
-                            renorm=Renormalise(model.config.norm_stats, train.norm_stats()), init=init, lora_modules=lora_modules)
+                            renorm=Renormalise(model.config.norm_stats, train.norm_stats()), init=init, lora_modules=lora_modules,
+                            identity=xm.episode_identities(dataset))
     train_cfg = TrainConfig(
         steps=cfg.steps, seed=run.seed, device=device, precision=precision, eval_every=0, resume=run.resume,
-        loss_weights={"bc": 1.0, "kl": cfg.kl_weight},
+        loss_weights={"bc": 1.0, "kl": cfg.kl_weight, **retention_weights(cfg.align_weight)},
         optim=OptimConfig(lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_steps=min(100, cfg.steps // 10)),
         checkpoint=CheckpointConfig(every=run.checkpoint_every, keep_last=3))
     log.info("finetuning from %s: %d of %d episodes carry constraint phrases (BC weight ×%g)", run.init, int(flags.sum()),

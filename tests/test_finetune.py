@@ -114,7 +114,7 @@ def test_finetune_end_to_end_with_closed_loop(cli, tiny):
     res = _run(cli, tiny, out, "--eval-episodes", "1", "--json")
     assert res.exit_code == 0, res.stderr
     summary = json.loads(res.stdout)
-    assert summary["steps"] == 4 and set(summary["losses"]) == {"bc", "kl"}
+    assert summary["steps"] == 4 and set(summary["losses"]) == {"bc", "kl", "vl", "la", "va"}  # + alignment retention
     assert summary["constraint_episodes"] == 2 and summary["delivered"] == "ema"
     # the delivered weights are the EMA teacher's; the training weights stay in the final snapshot
     top = checkpoint.load(out)
@@ -137,14 +137,15 @@ def test_finetune_end_to_end_with_closed_loop(cli, tiny):
     assert last["metrics"]["closed_loop.reach.success_rate"] == doc["tasks"]["reach"]["success_rate"]
     assert [r["step"] for r in rows if r["kind"] == "train"] == [4]  # one row per 10 steps, and one at the end
     held_out = [r for r in rows if r["kind"] == "eval" and r["phase"] == "main"]
-    assert held_out and {"bc_nll", "kl_init", "action_mae", "ema_action_mae"} <= set(held_out[-1]["metrics"])
+    assert held_out and {"bc_nll", "kl_init", "action_mae", "ema_action_mae", "v2l_r1", "v2l_chance_r1"} <= set(held_out[-1]["metrics"])
 
 
 def test_finetune_lora_delivers_a_plain_model(cli, tiny):
     root, data, align = tiny
     out = root / "sft-lora"
-    res = _run(cli, tiny, out, "--lora", "--eval-episodes", "0", "--ema-decay", "0")
+    res = _run(cli, tiny, out, "--lora", "--eval-episodes", "0", "--ema-decay", "0", "--align-weight", "0", "--json")
     assert res.exit_code == 0, res.stderr
+    assert set(json.loads(res.stdout)["losses"]) == {"bc", "kl"}  # --align-weight 0: the policy losses only
     top = checkpoint.load(out, resume=False)
     assert not any(".lora_" in k for k in top.weights if k.startswith(("vision.", "language.")))
     snap = checkpoint.load(out / "checkpoints" / "step-000004", resume=False)

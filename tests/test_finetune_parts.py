@@ -13,7 +13,7 @@ from torch import nn
 from stages.artifacts import atomic_dir
 from stages.data.lerobot import AlignedEpisode, open_dataset, write_dataset
 from stages.finetune import (FinetuneConfig, FinetuneRecipe, Renormalise, annealed, constraint_flags, ema_decay_at,
-                             inject_lora, merge_lora, policy_kl)
+                             inject_lora, merge_lora, policy_kl, retention_weights)
 from stages.model import build_model
 from stages.training.ema import EMA
 
@@ -105,17 +105,70 @@ class _Stub(nn.Module):
         return mean, torch.zeros_like(mean)
 
 
+def _recipe(cfg: FinetuneConfig, identity: np.ndarray) -> FinetuneRecipe:
+    """Episodes 7 (unconstrained) and 9 (constrained) at dataset positions 0 and 1; identity stats."""
+    unit = {k: {"mean": [0, 0], "std": [1, 1]} for k in ("observation.state", "action")}
+    return FinetuneRecipe(cfg, reference=_Stub(), ema=None, constrained=np.array([False, True]), episode_positions={7: 0, 9: 1},
+                          renorm=Renormalise(unit, unit), init={"path": "x", "step": 0, "config_digest": "d"}, lora_modules=[],
+                          identity=identity)
+
+
+def _batch() -> dict:
+    return {"frames": torch.zeros(2, 1, 3, 4, 4, dtype=torch.uint8), "instruction": ["a", "b"], "state": torch.zeros(2, 2),
+            "action": torch.stack([torch.zeros(2, 2), torch.ones(2, 2)]), "action_valid": torch.ones(2, 2, dtype=torch.bool),
+            "weight": torch.ones(2), "episode_index": torch.tensor([7, 9]), "frame_index": torch.tensor([0, 0])}
+
+
+class _Embedded(_Stub):
+    """The stub with unit embeddings: every modality maps sample i to e_i, and 1/τ = 2."""
+
+    def __init__(self):
+        super().__init__()
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(2.0)))
+
+    def clamped_logit_scale(self):
+        return self.logit_scale
+
+    @staticmethod
+    def _unit(n):
+        return type("E", (), {"z": torch.eye(n)})()
+
+    def encode_vision(self, frames):
+        return self._unit(frames.shape[0])
+
+    def encode_language(self, texts):
+        return self._unit(len(texts))
+
+    def encode_action(self, action, state, valid):
+        return self._unit(action.shape[0])
+
+    def fuse(self, v, l):
+        return v.z
+
+
+def test_retention_terms_known_answer():
+    """InfoNCE with 1/τ = 2 on orthonormal pairs: log(1 + e^-2) per row when the two samples are
+    different commands; with one command for both episodes V↔L and L↔A take both as positives
+    (targets ½, ½): ½ log(1 + e^-2) + ½ log(1 + e^2). V↔A: the episodes differ, so no near frame."""
+    cfg = FinetuneConfig(steps=10, align_weight=0.5, pixel_noise=0, state_noise=0, action_noise=0)
+    distinct = math.log1p(math.exp(-2.0))
+    same = 0.5 * distinct + 0.5 * math.log1p(math.exp(2.0))
+    for identity, expected in ((np.array([0, 1]), distinct), (np.array([0, 0]), same)):
+        losses = _recipe(cfg, identity).losses(_Embedded(), _batch(), 0, None)
+        losses = {k: v.detach() for k, v in losses.items()}
+        assert float(losses["vl"]) == pytest.approx(expected, rel=1e-6)
+        assert float(losses["la"]) == pytest.approx(expected, rel=1e-6)
+        assert float(losses["va"]) == pytest.approx(distinct, rel=1e-6)
+    assert retention_weights(0.5) == {"vl": 0.5, "la": 0.5, "va": 0.25}  # ch07 §7.5.1 D ratios
+    assert retention_weights(0.0) == {}
+
+
 def test_constraint_episodes_are_upweighted_in_bc():
-    cfg = FinetuneConfig(steps=10, constraint_weight=3.0, pixel_noise=0, state_noise=0, action_noise=0)
+    cfg = FinetuneConfig(steps=10, constraint_weight=3.0, align_weight=0, pixel_noise=0, state_noise=0, action_noise=0)
     stub = _Stub()
-    recipe = FinetuneRecipe(cfg, reference=_Stub(), ema=None, constrained=np.array([False, True]), episode_positions={7: 0, 9: 1},
-                            renorm=Renormalise({k: {"mean": [0, 0], "std": [1, 1]} for k in ("observation.state", "action")},
-                                               {k: {"mean": [0, 0], "std": [1, 1]} for k in ("observation.state", "action")}),
-                            init={"path": "x", "step": 0, "config_digest": "d"}, lora_modules=[])
-    batch = {"frames": torch.zeros(2, 1, 3, 4, 4, dtype=torch.uint8), "instruction": ["a", "b"], "state": torch.zeros(2, 2),
-             "action": torch.stack([torch.zeros(2, 2), torch.ones(2, 2)]), "action_valid": torch.ones(2, 2, dtype=torch.bool),
-             "weight": torch.ones(2), "episode_index": torch.tensor([7, 9])}
-    losses = recipe.losses(stub, batch, 0, None)
+    recipe = _recipe(cfg, np.array([0, 1]))
+    losses = recipe.losses(stub, _batch(), 0, None)
+    assert set(losses) == {"bc", "kl"}  # align_weight 0: no retention term
     # NLL per element = ½(a − 0)² + ½ log 2π: 0 for the first sample's target, ½ for the second's
     expected = (1 * HALF_LOG_2PI + 3 * (0.5 + HALF_LOG_2PI)) / 4
     assert float(losses["bc"].detach()) == pytest.approx(expected, rel=1e-6)

@@ -13,7 +13,8 @@ from vlacli.options import DataDir, Device, JsonOut, OutDir, Overwrite, Quiet, R
 
 HELP = (
     "Instruction fine-tuning of the action-chunk policy (ch07 §7.5 stage D): Gaussian BC NLL with constraint "
-    "episodes upweighted, a KL regulariser toward the aligned --init policy, small steps, input/target noise "
+    "episodes upweighted, a KL regulariser toward the aligned --init policy, the alignment InfoNCE terms kept at a "
+    "lower weight so the encoders stay aligned, small steps, input/target noise "
     "annealed to 0, EMA weights delivered, optional LoRA on the backbones. Then the policy drives Meta-World on "
     "unseen seeds and is scored against the scripted expert: success rate, constraint violations, ∫|jerk|."
 )
@@ -36,6 +37,7 @@ def command(
     lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (warmup, then cosine).")] = 1e-4,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Global batch size.")] = 32,
     kl_weight: Annotated[float, typer.Option("--kl-weight", help="β of KL(π_θ ‖ π_init), the behaviour regulariser.")] = 0.1,
+    align_weight: Annotated[float, typer.Option("--align-weight", help="λ of the alignment-retention InfoNCE terms V↔L, L↔A (V↔A at λ/2), as ch07 stage D keeps them; 0 = off.")] = 0.5,
     constraint_weight: Annotated[float, typer.Option("--constraint-weight", help="BC weight multiplier of episodes whose instruction has a constraint phrase.")] = 3.0,
     ema_decay: Annotated[float, typer.Option("--ema-decay", help="EMA decay of the delivered weights (0 = deliver the live weights).")] = 0.99,
     device: Device = "auto",
@@ -49,7 +51,8 @@ def command(
     reporter = console.setup(quiet)
     from stages.finetune import FinetuneConfig, FinetuneRun, finetune  # heavy imports only when the command runs
 
-    cfg = FinetuneConfig(steps=steps, lr=lr, batch_size=batch_size, kl_weight=kl_weight, constraint_weight=constraint_weight,
+    cfg = FinetuneConfig(steps=steps, lr=lr, batch_size=batch_size, kl_weight=kl_weight, align_weight=align_weight,
+                         constraint_weight=constraint_weight,
                          ema_decay=ema_decay, lora=lora)
     run = FinetuneRun(init=init, data=data, out=out, config=cfg, eval_episodes=eval_episodes, seed=seed, device=device,
                       workers=workers, resume=resume, overwrite=overwrite)

@@ -27,6 +27,7 @@ stage's current temperature, a lower bound on the mutual information in nats (ch
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,12 +74,16 @@ def heldout_set(loader: Loader, cfg: RetrievalConfig) -> HeldoutSet:
 
 
 @torch.no_grad()
-def embed(model, loader: Loader, held: HeldoutSet, cfg: RetrievalConfig, device: torch.device) -> dict[str, np.ndarray]:
-    """{"v": [N, Z], "a": [N, Z], "l": [U, Z]} (float32, not normalised)."""
+def embed(model, loader: Loader, held: HeldoutSet, cfg: RetrievalConfig, device: torch.device,
+          prepare: Callable[[dict], dict] | None = None) -> dict[str, np.ndarray]:
+    """{"v": [N, Z], "a": [N, Z], "l": [U, Z]} (float32, not normalised). `prepare` maps a loader batch
+    to the model's inputs (e.g. a fine-tuning run re-normalises state and action to the model's stats)."""
     zv, za = [], []
     for i in range(0, len(held.rows), cfg.batch):
         rows = held.rows[i:i + cfg.batch]
         batch = loader.batch_of(rows, np.ones(len(rows), dtype=np.int64))
+        if prepare is not None:
+            batch = prepare(batch)
         frames = batch["frames"].to(device)
         valid = batch["action_valid"].to(device)
         action = torch.nan_to_num(batch["action"].to(device)).masked_fill(~valid[..., None], 0.0)
