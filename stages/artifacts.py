@@ -168,6 +168,25 @@ def read_json(path: str | os.PathLike, *, schema: str | None) -> Any:
     return obj
 
 
+def read_yaml(path: str | os.PathLike, *, what: str) -> Any:
+    """Parse a YAML file the user wrote (`what` names it in messages: "rules", "thresholds"); an unreadable
+    or malformed file is `BadInput` naming the file and, for a syntax error, the line and column.
+    An empty file is None."""
+    import yaml
+
+    path = Path(path)
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BadInput(f"cannot read {what} `{path}`", caused_by="no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BadInput(f"cannot read {what} `{path}`", caused_by=str(exc)) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1} column {mark.column + 1}: " if mark else ""
+        raise BadInput(f"cannot parse {what} `{path}`", caused_by=f"{where}{getattr(exc, 'problem', None) or exc}") from None
+
+
 def sha256_file(path: str | os.PathLike, *, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

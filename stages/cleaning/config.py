@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from stages.artifacts import validate
+from stages.artifacts import read_yaml, validate
 from stages.cleaning.base import RULES, Rule, RuleDef
 from stages.data.fingerprints import FingerprintConfig, MatchConfig
 from stages.errors import BadInput
@@ -113,16 +113,7 @@ def load_config(path: str | os.PathLike | None) -> CleanConfig:
     if path is None:
         return config
     path = Path(path)
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise BadInput(f"cannot read rules `{path}`", caused_by="no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BadInput(f"cannot read rules `{path}`", caused_by=str(exc)) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1} column {mark.column + 1}: " if mark else ""
-        raise BadInput(f"cannot parse rules `{path}`", caused_by=f"{where}{getattr(exc, 'problem', exc)}") from None
+    doc = read_yaml(path, what="rules")
     doc = {} if doc is None else doc
     validate(doc, "clean-rules", source=path)
     for rule_id, spec in (doc.get("rules") or {}).items():

@@ -19,9 +19,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-import yaml
 
-from stages.artifacts import validate
+from stages.artifacts import read_yaml, validate
 from stages.errors import BadInput
 from stages.probes import CHECKS, Check, Measurement, by_id, ordered
 from stages.probes.check import params_from
@@ -53,14 +52,7 @@ def read_thresholds(path: Path | None) -> dict[str, Any]:
     overrides: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
-        try:
-            doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise BadInput(f"cannot read thresholds `{path}`", caused_by="no such file") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise BadInput(f"cannot read thresholds `{path}`", caused_by=str(exc)) from None
-        except yaml.YAMLError as exc:
-            raise BadInput(f"cannot parse thresholds `{path}`", caused_by=str(exc).splitlines()[0]) from None
+        doc = read_yaml(path, what="thresholds")
         doc = {} if doc is None else doc
         if not isinstance(doc, dict):
             raise BadInput(f"`{path}`: expected a mapping of check names", caused_by=f"got {type(doc).__name__}")
