@@ -74,3 +74,25 @@ def test_decide(residual, status, weight):
     assert res.status == status and res.weight == pytest.approx(weight)
     if status != "kept":
         assert "`camera`" in res.reason
+
+
+def test_two_confident_episodes_that_disagree_fall_back_to_the_pooled_peak():
+    """A demo session (S016: camera 407.5 ms behind state) whose only two usable episodes peaked at
+    325.6 and 414.3 ms: each is a robust outlier of their median, so no session model can be fitted.
+    The four episodes without a usable peak take the session's pooled peak (399.9 ms); the two keep
+    their own, bounded by their distance from it. Before, every other episode was left unaligned."""
+    own = [395.4, 325.6, None, 429.1, 414.3, 392.8]
+    sigma = [np.inf, 7.3, np.inf, np.inf, 6.3, np.inf]
+    usable = [False, True, False, False, True, False]
+    fit = fit_session(own, sigma, usable, [0.0] * 6, CFG, pooled_ms=399.9, pooled_sigma_ms=3.0)
+    for i in (0, 2, 3, 5):
+        e = fit.episodes[i]
+        assert e.source == "session" and e.offset_ms == 399.9 and e.residual_ms == pytest.approx(CFG.coverage * 3.0)
+    wrong, right = fit.episodes[1], fit.episodes[4]
+    assert wrong.offset_ms == 325.6 and wrong.outlier and wrong.residual_ms == pytest.approx(399.9 - 325.6)
+    assert right.offset_ms == 414.3 and right.outlier and right.residual_ms == pytest.approx(414.3 - 399.9)
+    assert fit.offset_ms == 399.9 and fit.used == 0
+    # without a pooled peak above chance there is nothing to give the others
+    bare = fit_session(own, sigma, usable, [0.0] * 6, CFG)
+    assert [e.source for e in bare.episodes] == ["none", "episode", "none", "none", "episode", "none"]
+    assert bare.offset_ms is None

@@ -97,17 +97,17 @@ def fit_session(own_ms: list[float | None], sigma_ms: list[float], usable: list[
     idx = np.flatnonzero(usable)
     if len(idx) == 0:
         # nothing to go by but the session's pooled peak (many weak episodes can add up to a strong one)
-        if pooled_ms is None:
-            return SessionFit([EpisodeOffset(None, np.inf, np.inf, "none") for _ in range(n)], None, None, float("nan"), 0)
-        sigma = float(pooled_sigma_ms)
-        return SessionFit([EpisodeOffset(pooled_ms, sigma, cfg.coverage * sigma, "session") for _ in range(n)],
-                          pooled_ms, None, float("nan"), 0)
+        return _pooled_only(own, sig, usable, cfg, pooled_ms, pooled_sigma_ms)
     # robust outliers: far from the weighted median in units of their own error and the robust spread
     med = float(np.median(own[idx]))
     spread = 1.4826 * float(np.median(np.abs(own[idx] - med))) if len(idx) > 2 else 0.0
     z = np.abs(own - med) / np.sqrt(sig**2 + spread**2)
     inlier = usable & (z <= cfg.outlier_sigmas)
     fit_idx = np.flatnonzero(inlier)
+    if len(fit_idx) == 0:
+        # the usable episodes disagree with one another (two confident peaks far apart): no session
+        # model to fit; each keeps its own peak, bounded by its distance from the pooled peak
+        return _pooled_only(own, sig, usable, cfg, pooled_ms, pooled_sigma_ms)
     tau0 = float(tau_all[fit_idx].mean())
     tau = tau_all - tau0
     linear = len(fit_idx) >= cfg.min_drift_episodes and float(np.ptp(tau_all[fit_idx])) >= cfg.min_drift_span_s
@@ -143,6 +143,25 @@ def fit_session(own_ms: list[float | None], sigma_ms: list[float], usable: list[
             out.append(EpisodeOffset(own[i], sig[i], max(cfg.coverage * sig[i], disagreement), "episode", outlier=True))
     drift = float(coef[1]) * 1000.0 if linear else None  # ms per s -> ppm
     return SessionFit(out, float(coef[0]), drift, float(np.sqrt(between2)), len(fit_idx))
+
+
+def _pooled_only(own: np.ndarray, sig: np.ndarray, usable: np.ndarray, cfg: SessionConfig, pooled_ms: float | None,
+                 pooled_sigma_ms: float) -> SessionFit:
+    """No session model: the session's pooled peak for the episodes without evidence of their own
+    (None without one); a usable episode keeps its own peak, its bound widened to its distance from
+    the pooled peak."""
+    out = []
+    for i in range(len(own)):
+        if usable[i]:
+            bound = cfg.coverage * float(sig[i])
+            disagreement = 0.0 if pooled_ms is None else abs(float(own[i]) - pooled_ms)
+            out.append(EpisodeOffset(float(own[i]), float(sig[i]), max(bound, disagreement), "episode", outlier=disagreement > bound))
+        elif pooled_ms is not None:
+            sigma = float(pooled_sigma_ms)
+            out.append(EpisodeOffset(pooled_ms, sigma, cfg.coverage * sigma, "session"))
+        else:
+            out.append(EpisodeOffset(None, np.inf, np.inf, "none"))
+    return SessionFit(out, pooled_ms, None, float("nan"), 0)
 
 
 def _own(value: float, sigma: float, cfg: SessionConfig) -> EpisodeOffset:
